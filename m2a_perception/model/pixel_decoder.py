@@ -48,6 +48,83 @@ def multi_scale_deformable_attention(
     return output.view(batch, heads * head_dim, num_queries).transpose(1, 2)
 
 
+def deformable_sampling_embedding_bag(
+    value: Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    reference_pixels: Tensor,
+    offsets: Tensor,
+    attention_weights: Tensor,
+) -> Tensor:
+    """Same result as `multi_scale_deformable_attention`, as one fused gather-and-weighted-sum on the CPU.
+
+    Each bilinear sample is 4 weighted rows of the value table; folding the attention weight into the corner
+    weights turns the whole attention into one `embedding_bag(mode="sum")` with 4 * levels * points rows per
+    query and head, instead of materialising every sample (grid_sample) and reducing afterwards.
+    value: (B, sum_l H_l*W_l, heads, head_dim).
+    reference_pixels: (B|1, Lq, 1, levels, 1, 2) reference points in pixel units of each level, minus 0.5
+        (the sample coordinate convention of grid_sample with align_corners=False).
+    offsets: (B, Lq, heads, levels, points, 2) in pixels of each level.
+    attention_weights: (B, Lq, heads, levels, points).
+    Returns (B, Lq, heads * head_dim).
+    """
+    batch, _, heads, head_dim = value.shape
+    _, num_queries, _, num_levels, num_points, _ = offsets.shape
+    device, dtype = value.device, offsets.dtype
+    # The table: every level's map with a zero border (1 px before, 2 px after), one block per (batch, head).
+    # Clamping a sample to [-1, W] x [-1, H] then keeps all 4 corners inside the table, and a clamped sample
+    # lands wholly on the zero border, exactly as grid_sample's zero padding would weigh it.
+    padded = [(h + 3, w + 3) for h, w in spatial_shapes]
+    padded_starts = [0]
+    for ph, pw in padded[:-1]:
+        padded_starts.append(padded_starts[-1] + ph * pw)
+    rows_per_head = padded_starts[-1] + padded[-1][0] * padded[-1][1]
+    table = value.new_zeros(batch, heads, rows_per_head, head_dim)
+    start = 0
+    for (h, w), (ph, pw), padded_start in zip(spatial_shapes, padded, padded_starts, strict=True):
+        level = value[:, start : start + h * w].view(batch, h, w, heads, head_dim).permute(0, 3, 1, 2, 4)
+        table[:, :, padded_start : padded_start + ph * pw].view(batch, heads, ph, pw, head_dim)[
+            :, :, 1 : h + 1, 1 : w + 1
+        ] = level
+        start += h * w
+
+    upper = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=dtype, device=device).view(num_levels, 1, 2)
+    pixels = (reference_pixels + offsets).clamp_(min=-1.0).minimum(upper)  # (B, Lq, heads, L, P, 2)
+    corner = pixels.floor()
+    frac = pixels - corner
+    # Row of the top-left corner inside one (batch, head) block; exact in float32 (rows_per_head << 2**24).
+    strides = torch.tensor([pw for _, pw in padded], dtype=dtype, device=device).view(num_levels, 1)
+    firsts = torch.tensor([s + pw + 1 for s, (_, pw) in zip(padded_starts, padded, strict=True)], dtype=dtype)
+    top_left = corner[..., 1] * strides + corner[..., 0] + firsts.to(device).view(num_levels, 1)
+    block = (torch.arange(batch, device=device).view(batch, 1, 1) * heads + torch.arange(heads, device=device)).view(
+        batch, 1, heads, 1, 1
+    ) * rows_per_head
+    corners = torch.tensor([[0, 1, pw, pw + 1] for _, pw in padded], device=device).view(num_levels, 1, 4)
+    indices = (top_left.long() + block).unsqueeze(-1) + corners  # (B, Lq, heads, L, P, 4)
+    # Corner weights (y0x0, y0x1, y1x0, y1x1) with the attention weight folded in.
+    fx, fy = frac[..., 0], frac[..., 1]
+    wy1 = fy * attention_weights
+    wy = torch.stack((attention_weights - wy1, wy1), -1)  # (B, Lq, heads, L, P, 2)
+    wx = torch.stack((1 - fx, fx), -1)
+    weights = (wy.unsqueeze(-1) * wx.unsqueeze(-2)).flatten(-2)  # (B, Lq, heads, L, P, 4)
+    bag = num_levels * num_points * 4
+    # Bags ordered (B, Lq, heads): the output rows are already (B, Lq, heads * head_dim).
+    out = F.embedding_bag(
+        indices.view(-1, bag), table.view(-1, head_dim), per_sample_weights=weights.view(-1, bag), mode="sum"
+    )
+    return out.view(batch, num_queries, heads * head_dim)
+
+
+def _use_embedding_bag(x: Tensor) -> bool:
+    """The fused CPU path serves eager inference; export, tracing, training and GPUs use grid_sample."""
+    return (
+        x.device.type == "cpu"
+        and not torch.is_grad_enabled()
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+        and not torch.compiler.is_compiling()
+    )
+
+
 class MSDeformAttn(nn.Module):
     """Multi-scale deformable attention (Deformable DETR), with its parameter names and initialisation."""
 
@@ -86,6 +163,12 @@ class MSDeformAttn(nn.Module):
         offsets = self.sampling_offsets(query).view(batch, num_queries, heads, levels, points, 2)
         weights = self.attention_weights(query).view(batch, num_queries, heads, levels * points)
         weights = weights.softmax(-1).view(batch, num_queries, heads, levels, points)
+        # offsets are in pixels of each level: divide by (W_l, H_l) to move in normalised coordinates
+        if _use_embedding_bag(query):
+            sizes = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
+            reference_pixels = reference_points[:, :, None, None, None, :] * sizes[:, None, :] - 0.5
+            sampled = deformable_sampling_embedding_bag(value, spatial_shapes, reference_pixels, offsets, weights)
+            return self.output_proj(sampled)
         # offsets are in pixels of each level: divide by (W_l, H_l) to move in normalised coordinates
         normalizer = torch.tensor([[w, h] for h, w in spatial_shapes], dtype=query.dtype, device=query.device)
         locations = reference_points[:, :, None, None, None, :] + offsets / normalizer[None, None, None, :, None, :]
