@@ -38,6 +38,8 @@ from typing import Literal
 import cv2
 import numpy as np
 
+from m2a_perception.classes import CITYSCAPES_CLASSES, CITYSCAPES_PALETTE, IGNORE_ID, TRAIN_IDS
+
 __all__ = [
     "ANOMALY_FAMILIES",
     "ANOMALY_SHAPES",
@@ -60,23 +62,8 @@ __all__ = [
 
 AnomalyFamily = Literal["train", "eval"]
 
-CLASS_NAMES: tuple[str, ...] = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-    "bicycle",
-)  # fmt: skip
-TRAIN_IDS: dict[str, int] = {name: train_id for train_id, name in enumerate(CLASS_NAMES)}
-IGNORE_ID = 255
-PASTED_LABEL = 254
-# The official Cityscapes colours, in trainId order (for overlays and debugging pictures).
-CITYSCAPES_PALETTE: np.ndarray = np.array(
-    [
-        (128, 64, 128), (244, 35, 232), (70, 70, 70), (102, 102, 156), (190, 153, 153), (153, 153, 153),
-        (250, 170, 30), (220, 220, 0), (107, 142, 35), (152, 251, 152), (70, 130, 180), (220, 20, 60),
-        (255, 0, 0), (0, 0, 142), (0, 0, 70), (0, 60, 100), (0, 80, 100), (0, 0, 230), (119, 11, 32),
-    ],
-    dtype=np.uint8,
-)  # fmt: skip
+CLASS_NAMES: tuple[str, ...] = CITYSCAPES_CLASSES
+PASTED_LABEL = 254  # what `paste_anomaly` writes into a semantic map (the authors' outlier-exposure label)
 
 ANOMALY_FAMILIES: tuple[str, ...] = ("train", "eval")
 ANOMALY_SHAPES: dict[str, tuple[str, ...]] = {

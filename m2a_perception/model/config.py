@@ -10,13 +10,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-AttentionKind = Literal["global", "masked"]
+from m2a_perception.classes import CITYSCAPES_CLASSES  # noqa: F401  (re-exported)
 
-CITYSCAPES_CLASSES: tuple[str, ...] = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
-    "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
-    "bicycle",
-)  # fmt: skip
+AttentionKind = Literal["global", "masked"]
 
 
 def _positive(name: str, value: int) -> None:
