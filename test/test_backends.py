@@ -130,9 +130,10 @@ def test_cuda_without_a_gpu_is_a_clear_error() -> None:
         create_backend(BackendConfig(device="cuda", fp16=True))
 
 
-def test_later_backends_are_named_but_not_available() -> None:
-    with pytest.raises(BackendError, match="'onnxruntime' is not implemented yet"):
-        create_backend(BackendConfig(backend="onnxruntime"))
+@pytest.mark.parametrize(("backend", "suffixes"), [("onnxruntime", ".onnx"), ("tensorrt", ".onnx or .engine")])
+def test_exported_backends_need_a_model_file(backend: str, suffixes: str) -> None:
+    with pytest.raises(BackendError, match=f"the {backend} backend needs model_path: a file ending in {suffixes}"):
+        create_backend(BackendConfig(backend=backend))
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")  # every name the `backend` parameter accepts
-AVAILABLE_BACKENDS: tuple[str, ...] = ("torch",)  # those implemented so far
+AVAILABLE_BACKENDS: tuple[str, ...] = ("torch", "onnxruntime", "tensorrt")
 PRESET_NAMES: tuple[str, ...] = ("r50", "small")  # = sorted(m2a_perception.model.PRESETS); a test keeps them equal
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?")
 _MAX_SIDE = 8192
@@ -136,7 +136,12 @@ def create_backend(config: BackendConfig) -> Backend:
         from m2a_perception.backends.torch_backend import TorchBackend  # late: keeps torch.cuda set-up off import
 
         return TorchBackend(config)
-    raise BackendError(
-        f"backend {config.backend!r} is not implemented yet (the ONNX/TensorRT export issue adds it); "
-        f"available: {AVAILABLE_BACKENDS}"
-    )
+    if config.backend == "onnxruntime":  # model_path: an .onnx file from `m2a-export onnx`
+        from m2a_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(config)
+    if config.backend == "tensorrt":  # model_path: an .engine, or an .onnx built into a cached engine on first start
+        from m2a_perception.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(config)
+    raise BackendError(f"unknown backend {config.backend!r}; available: {AVAILABLE_BACKENDS}")

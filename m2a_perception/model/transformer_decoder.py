@@ -11,6 +11,8 @@ in their checkpoints); the unused `fusion_layer` convs are not built.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -30,6 +32,23 @@ def _split_heads(x: Tensor, num_heads: int) -> Tensor:
     """(B, L, C) -> (B, heads, L, C/heads)."""
     batch, length, dim = x.shape
     return x.view(batch, length, num_heads, dim // num_heads).transpose(1, 2)
+
+
+# Exported graphs fill blocked attention logits with this finite value instead of -inf: an fp16 engine then never
+# sees inf (inf - inf = NaN in a fused softmax), and exp(fill - row max) is exactly 0 in fp32 as in fp16, so the
+# result equals the -inf masking of eager mode (every row has an allowed entry, see attention_allowed_masks).
+EXPORT_MASK_FILL = -1.0e4
+
+
+def _finite_masked_attention(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
+    """SDPA with a boolean mask, written out with a finite fill (for ONNX export; see EXPORT_MASK_FILL).
+
+    q (B, h, Q, d), k and v (B, h, L, d), allowed (B, 1, Q, L) bool -> (B, h, Q, d). The scale goes on q before
+    the product, which keeps the logits small in fp16.
+    """
+    scores = torch.matmul(q * (1.0 / math.sqrt(q.shape[-1])), k.transpose(-2, -1))
+    scores = scores.masked_fill(~allowed, EXPORT_MASK_FILL)
+    return torch.matmul(scores.softmax(dim=-1), v)
 
 
 def attention_allowed_masks(mask_logits: Tensor, threshold: float) -> tuple[Tensor, Tensor]:
@@ -105,7 +124,10 @@ class CrossAttentionLayer(nn.Module):
             q = _split_heads(_project(query, attention, 0), self.num_heads)  # (B, h, Q, C/h)
             k = _split_heads(_project(key, attention, 1), self.num_heads)  # (B, h, L, C/h)
             v = _split_heads(_project(memory, attention, 2), self.num_heads)  # (B, h, L, C/h)
-            attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B, h, Q, C/h)
+            if torch.onnx.is_in_onnx_export():  # no -inf masks in the graph (fp16 engines)
+                attended = _finite_masked_attention(q, k, v, allowed[:, None])
+            else:
+                attended = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])  # (B, h, Q, C/h)
             attended = attended.transpose(1, 2).flatten(2)  # (B, Q, C)
             branch = attention.out_proj(attended)
             update = branch if update is None else update + branch
