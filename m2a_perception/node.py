@@ -94,10 +94,12 @@ class ParamSpec:
 
 # The one parameter table (STYLE.md 13): config/m2a_perception.yaml holds each with its default.
 PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("backend", "torch", "Inference runtime ('torch' now; 'onnxruntime' and 'tensorrt' with the export "
-              "issue).", choices=_BACKENDS, read_only=True),
-    ParamSpec("model_path", "", "Checkpoint file (m2a format, or the authors' detectron2 .pth/.pkl). Empty: the "
-              "preset with RANDOM weights (a loud warning; scores are meaningless).", read_only=True),
+    ParamSpec("backend", "torch", "Inference runtime: torch (checkpoint), onnxruntime (.onnx from m2a-export) or "
+              "tensorrt (.engine, or an .onnx built into a cached engine on first start).", choices=_BACKENDS,
+              read_only=True),
+    ParamSpec("model_path", "", "Model file: a checkpoint (m2a format, or the authors' detectron2 .pth/.pkl) for "
+              "torch, .onnx for onnxruntime, .engine/.onnx for tensorrt. Empty (torch only): the preset with RANDOM "
+              "weights (a loud warning; scores are meaningless).", read_only=True),
     ParamSpec("preset", "small", "Architecture when model_path is empty or a detectron2 file (r50 = the paper's).",
               choices=_PRESETS, read_only=True),
     ParamSpec("device", "cpu", "'cpu', 'cuda' or 'cuda:N'.", read_only=True),
