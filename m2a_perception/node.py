@@ -58,6 +58,7 @@ __all__ = [
 ]
 
 NODE_NAME = "anomaly_segmentation"
+OUTPUT_QUEUE_DEPTH = 5  # per output publisher (QoS overrides may change it)
 # Keep in sync with m2a_perception.backends.BACKENDS / PRESET_NAMES and model.scoring.SCORES / RESOLUTIONS
 # (a test checks); repeated here so that `--help` and the table import neither torch nor rclpy.
 _BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -445,7 +446,11 @@ class AnomalySegmentationNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.add_post_set_parameters_callback(self._after_set_parameters)
         # 3. publishers, then the subscription
-        out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+        # Reliable keep-last-5: a recorder or a slow planner gets every result (with depth 1 a new frame replaced
+        # an unacknowledged one: ~1 in 4 lost to a reliable recorder); best-effort subscribers still match.
+        out_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST, depth=OUTPUT_QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE
+        )
         overrides = QoSOverridingOptions.with_default_policies()
         self._pubs: dict[str, Any] = {}
         for key, (_, topic) in OUTPUTS.items():
