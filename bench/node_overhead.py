@@ -168,6 +168,7 @@ def start_floor(spinner: _Spinner, namespace: str, keys: tuple[str, ...], height
 
     from m2a_perception.backends import Result
     from m2a_perception.conversions import rgb_to_image_msg
+    from m2a_perception.node import OUTPUT_QUEUE_DEPTH
     from m2a_perception.postprocess import Postprocessor, class_name
 
     frame, score, semantic = scene(height, width)
@@ -198,7 +199,10 @@ def start_floor(spinner: _Spinner, namespace: str, keys: tuple[str, ...], height
         for i in out.instances
     ]
     msgs = {**images, "result": result}
-    out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+    # the node's output QoS (reliable, keep last OUTPUT_QUEUE_DEPTH)
+    out_qos = QoSProfile(
+        history=HistoryPolicy.KEEP_LAST, depth=OUTPUT_QUEUE_DEPTH, reliability=ReliabilityPolicy.RELIABLE
+    )
     pubs = {key: node.create_publisher(type(msgs[key]), topic, out_qos) for key, topic in _topics(keys).items()}
     in_qos = QoSProfile(
         history=HistoryPolicy.KEEP_LAST,

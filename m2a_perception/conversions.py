@@ -8,7 +8,10 @@ Every inconsistency (unknown encoding, wrong step, size mismatch, empty data, un
 `MalformedImageError` naming the field and what was expected.
 
 Outgoing: `rgb_to_image_msg` fills an Image from an rgb8 (H, W, 3) uint8, mono8 (H, W) uint8 or 32FC1 (H, W)
-float32 array with one copy (into the message's ``array('B')``, which rclpy then serialises).
+float32 array with one copy (into the message's ``array('B')``, which rclpy then serialises). `image_msg_sharing`
+builds the same message without that copy: its ``data`` is the array's own buffer, which rclpy's generated
+converter reads through the buffer protocol when publishing (the node publishes at once, so nothing changes it in
+between); where the installed message code cannot do that (checked once), it copies like `rgb_to_image_msg`.
 
 Works with any object that has the messages' fields (duck typing); only `rgb_to_image_msg` imports
 sensor_msgs, and only when called.
@@ -28,6 +31,7 @@ __all__ = [
     "OUTPUT_ENCODINGS",
     "MalformedImageError",
     "compressed_msg_to_rgb",
+    "image_msg_sharing",
     "image_msg_to_rgb",
     "rgb_to_image_msg",
 ]
@@ -163,10 +167,7 @@ def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def rgb_to_image_msg(array_: np.ndarray, header: Any, encoding: str) -> Any:
-    """An (H, W, 3) uint8 (rgb8), (H, W) uint8 (mono8) or (H, W) float32 (32FC1) array -> sensor_msgs/Image."""
-    from sensor_msgs.msg import Image
-
+def _checked_contiguous(array_: np.ndarray, encoding: str) -> np.ndarray:
     spec = _OUTPUT.get(encoding)
     if spec is None:
         raise ValueError(f"encoding: expected one of {OUTPUT_ENCODINGS}, got {encoding!r}")
@@ -176,14 +177,70 @@ def rgb_to_image_msg(array_: np.ndarray, header: Any, encoding: str) -> Any:
     if a.dtype != dtype or a.ndim != expected_ndim or (channels > 1 and a.shape[2] != channels) or a.size == 0:
         shape = "(H, W, 3)" if channels > 1 else "(H, W)"
         raise ValueError(f"array for {encoding}: expected a non-empty {shape} {dtype} array, got {a.dtype} {a.shape}")
-    a = np.ascontiguousarray(a)
+    return np.ascontiguousarray(a)
+
+
+def _image_msg(a: np.ndarray, header: Any, encoding: str) -> Any:
+    """An Image with every field but ``data`` set for the C-contiguous array ``a``."""
+    from sensor_msgs.msg import Image
+
     msg = Image()
     msg.header = header
     msg.height, msg.width = int(a.shape[0]), int(a.shape[1])
     msg.encoding = encoding
     msg.is_bigendian = int(sys.byteorder == "big")
     msg.step = int(a.strides[0])
+    return msg
+
+
+def rgb_to_image_msg(array_: np.ndarray, header: Any, encoding: str) -> Any:
+    """An (H, W, 3) uint8 (rgb8), (H, W) uint8 (mono8) or (H, W) float32 (32FC1) array -> sensor_msgs/Image."""
+    a = _checked_contiguous(array_, encoding)
+    msg = _image_msg(a, header, encoding)
     data = array.array("B")
     data.frombytes(a.data.cast("B"))  # the one copy
     msg.data = data
     return msg
+
+
+def image_msg_sharing(array_: np.ndarray, header: Any, encoding: str) -> Any:
+    """Like `rgb_to_image_msg`, but ``data`` shares the array's buffer (no copy) where rclpy can publish that.
+
+    The message's ``data`` is then a flat uint8 numpy view (not an ``array('B')``); publishing serialises exactly
+    the bytes `rgb_to_image_msg` would. Publish (or serialise) it before the array changes. Where the installed
+    sensor_msgs code does not read buffers (`_sharing_supported`), ``data`` is a copy as in `rgb_to_image_msg`.
+    """
+    if not _sharing_supported():
+        return rgb_to_image_msg(array_, header, encoding)
+    a = _checked_contiguous(array_, encoding)
+    msg = _image_msg(a, header, encoding)
+    # rosidl's setter would copy anything but an array('B') element by element; its C converter takes any buffer
+    msg._data = a.reshape(-1).view(np.uint8)  # noqa: SLF001 - a view of the contiguous array, no copy
+    return msg
+
+
+_SHARING: bool | None = None
+
+
+def _sharing_supported() -> bool:
+    """Whether an Image whose ``_data`` is a numpy buffer goes through rclpy's serialisation intact (checked once).
+
+    rosidl_generator_py's C converter reads primitive arrays through the buffer protocol (ROS 2 Humble and
+    later); other generated code gets the copy. (Compared after deserialising: CDR padding bytes are not
+    initialised, so two serialisations of one message may differ there.)
+    """
+    global _SHARING
+    if _SHARING is None:
+        try:
+            from rclpy.serialization import deserialize_message, serialize_message
+            from sensor_msgs.msg import Image
+            from std_msgs.msg import Header
+
+            sample = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+            shared = _image_msg(sample, Header(), "rgb8")
+            shared._data = sample.reshape(-1)  # noqa: SLF001
+            back = deserialize_message(serialize_message(shared), Image)
+            _SHARING = bytes(back.data) == sample.tobytes() and (back.height, back.width, back.step) == (2, 3, 9)
+        except Exception:  # no rclpy, other slots, a converter that refuses buffers: copy
+            _SHARING = False
+    return _SHARING

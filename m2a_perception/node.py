@@ -26,7 +26,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from m2a_perception.conversions import MalformedImageError, compressed_msg_to_rgb, image_msg_to_rgb, rgb_to_image_msg
+from m2a_perception.conversions import (
+    MalformedImageError,
+    compressed_msg_to_rgb,
+    image_msg_sharing,
+    image_msg_to_rgb,
+)
 
 try:  # ROS is optional for importing this module (`--help`, the parameter table, docs)
     import rclpy
@@ -632,17 +637,17 @@ class AnomalySegmentationNode(Node):
             instances=wanted["result"] or wanted["overlay"],  # instances go to the result and the overlay's boxes
         )
         header = frame.header
-        msgs: dict[str, Any] = {}
+        msgs: dict[str, Any] = {}  # data shares the arrays' buffers: published below, before they change
         if wanted["mask"] or wanted["result"]:
-            msgs["mask"] = rgb_to_image_msg(out.anomaly_mask, header, "mono8")
+            msgs["mask"] = image_msg_sharing(out.anomaly_mask, header, "mono8")
         if wanted["score"] or wanted["result"]:
-            msgs["score"] = rgb_to_image_msg(out.anomaly_score, header, "32FC1")
+            msgs["score"] = image_msg_sharing(out.anomaly_score, header, "32FC1")
         if wanted["semantic"] or wanted["result"]:
-            msgs["semantic"] = rgb_to_image_msg(out.semantic, header, "mono8")
+            msgs["semantic"] = image_msg_sharing(out.semantic, header, "mono8")
         if wanted["semantic_color"]:
-            msgs["semantic_color"] = rgb_to_image_msg(out.semantic_color, header, "rgb8")
+            msgs["semantic_color"] = image_msg_sharing(out.semantic_color, header, "rgb8")
         if wanted["overlay"]:
-            msgs["overlay"] = rgb_to_image_msg(out.overlay, header, "rgb8")
+            msgs["overlay"] = image_msg_sharing(out.overlay, header, "rgb8")
         if wanted["result"]:
             msgs["result"] = self._result_msg(header, msgs, out)
         for key, msg in msgs.items():

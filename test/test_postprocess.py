@@ -143,6 +143,15 @@ def test_colour_images() -> None:
     np.testing.assert_array_equal(frame, _scene()[0])  # the input frame is not modified
 
 
+def test_colorize_is_the_palette_for_every_id() -> None:
+    ids = np.arange(256, dtype=np.uint8)
+    semantic = np.tile(ids, (3, 2))  # every id, twice per row; odd width
+    palette = np.zeros((256, 3), np.uint8)
+    palette[: len(CITYSCAPES_PALETTE)] = CITYSCAPES_PALETTE
+    np.testing.assert_array_equal(colorize(semantic), palette[semantic])
+    np.testing.assert_array_equal(colorize(semantic[:, ::3]), palette[semantic[:, ::3]])  # a strided view
+
+
 def test_colour_images_can_be_skipped() -> None:
     frame, semantic, score = _scene()
     out = Postprocessor().process(frame, Result(score, semantic, {}), 0.0, semantic_color=False, overlay=False)
