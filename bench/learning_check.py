@@ -6,9 +6,15 @@ Trains stage 1 (inliers) and stage 2 (Anomaly Mix with the held-in "train" anoma
 loss) with `configs/synthroad_cpu.yaml`, then evaluates both stages on a held-out generated set whose anomalies
 come from the held-out "eval" family (no shape or texture in common with the pasted ones) and checks:
 
-    mIoU over the generated classes >= 0.6               (stage 2 model)
-    AuPRC of the Mask2Anomaly score >= 2 x max-softmax     (stage 2 model)
-    AuPRC after stage 2 > AuPRC after stage 1              (Mask2Anomaly score)
+    mIoU over the generated classes >= 0.6                 (stage-2 network)
+    AuPRC of the Mask2Anomaly score >= 2 x max-softmax       (stage-2 network's score vs the max-softmax of the
+                                                               network without outlier exposure, stage 1)
+    AuPRC after stage 2 > AuPRC after stage 1                (Mask2Anomaly score)
+
+"Max-softmax" is the baseline of the paper's supplementary Tables 1-2 (Hendrycks' max softmax probability of an
+ordinary segmentation network, no outlier exposure), hence stage 1's. The ratio with max-softmax computed on
+the stage-2 network itself is printed too: the supplementary's Table 3 finds that one close to 1 (84.24 vs
+85.56 average AuPRC), because the softmax is then taken over the same marginalised class map.
 
 Prints every figure and the training wall time, writes them to <out>/results.json, and exits 1 if a target is
 missed. `--bundle FILE` also writes the stage-2 model (weights alone, our checkpoint format) to FILE.
@@ -57,7 +63,7 @@ def evaluate(path: Path, images: int, height: int, width: int, seed: int) -> dic
             anomaly_family="eval",
         ),
     )
-    return evaluate_frames(model, validation_frames(section), model.config.num_classes, SCORES)
+    return evaluate_frames(model, validation_frames(section), model.config.num_classes, SCORES, per_class=True)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -104,19 +110,23 @@ def main(argv: list[str] | None = None) -> int:
     eval_seconds = time.perf_counter() - eval_start
 
     first, second = (s.name for s in stages)
-    final = results[second]
+    final, before = results[second], results[first]
+    ratio_same = final["m2a/auprc"] / max(final["max_softmax/auprc"], 1e-12)
+    ratio_stage1 = final["m2a/auprc"] / max(before["max_softmax/auprc"], 1e-12)
     checks = {
-        f"mIoU over the generated classes >= {TARGET_MIOU}": final["miou_present"] >= TARGET_MIOU,
-        f"AuPRC m2a >= {TARGET_RATIO} x max-softmax": final["m2a/auprc"] >= TARGET_RATIO * final["max_softmax/auprc"],
-        "AuPRC m2a: stage 2 > stage 1": final["m2a/auprc"] > results[first]["m2a/auprc"],
+        f"mIoU over the generated classes >= {TARGET_MIOU} (stage 2)": final["miou_present"] >= TARGET_MIOU,
+        f"AuPRC m2a (stage 2) >= {TARGET_RATIO} x max-softmax of the network without outlier exposure (stage 1)": (
+            ratio_stage1 >= TARGET_RATIO
+        ),
+        "AuPRC m2a: stage 2 > stage 1": final["m2a/auprc"] > before["m2a/auprc"],
     }
     print(f"\nheld-out set: {args.eval_images} generated {args.eval_height}x{args.eval_width} scenes, 'eval' family")
-    keys = sorted({k for r in results.values() for k in r})
+    keys = sorted({k for r in results.values() for k in r}, key=lambda k: (k.startswith("iou/"), k))
     print(f"{'figure':<26}" + "".join(f"{name:>12}" for name in results))
     for key in keys:
         print(f"{key:<26}" + "".join(f"{results[name].get(key, float('nan')):>12.4f}" for name in results))
-    ratio = final["m2a/auprc"] / max(final["max_softmax/auprc"], 1e-12)
-    print(f"AuPRC ratio m2a / max-softmax (stage 2): {ratio:.2f}")
+    print(f"AuPRC ratio m2a (stage 2) / max-softmax (stage 1): {ratio_stage1:.2f}")
+    print(f"AuPRC ratio m2a / max-softmax, both on the stage-2 network: {ratio_same:.2f} (the paper's Table 3 has ~1)")
     print(
         f"training wall time {train_seconds:.0f} s ({train_seconds / 60:.1f} min; "
         + ", ".join(f"{k} {v:.0f} s in its loop" for k, v in stage_seconds.items())
@@ -139,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
             "family": "eval",
         },  # fmt: skip
         "results": results,
-        "auprc_ratio": ratio,
+        "auprc_ratio_vs_stage1_max_softmax": ratio_stage1,
+        "auprc_ratio_same_network": ratio_same,
         "checks": checks,
     }
     out = Path(args.out)

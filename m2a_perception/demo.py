@@ -8,8 +8,8 @@
        dropped, latency)
 
 `--no-ros` runs the same bag through `m2a-replay process` instead (no rclpy needed; no transport, no drops).
-Without `--checkpoint` the node uses the small preset with RANDOM weights: the pipeline is real, the
-detections are not.
+Without `--checkpoint` the node uses the bundled small model (`m2a_perception/weights/`, trained on generated
+scenes by `bench/learning_check.py`); `--random-weights` runs the small preset untrained (plumbing only).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import cv2
 import numpy as np
 
 from m2a_perception import bags, replay
+from m2a_perception.weights import bundled_checkpoint
 
 NAMESPACE = "/m2a"  # the launch files' and config/m2a.rviz's
 RECORDED = ("overlay", "result")  # outputs recorded into the result bag (the others are inside result or derived)
@@ -424,7 +425,7 @@ def summarise(args: argparse.Namespace, run: RunStats, written: ExportStats, out
         )
     lines.append(
         f"frames with anomaly instances: {written.frames_with_instances}/{run.frames_out}"
-        + ("" if args.checkpoint else " (random weights: the pipeline is real, the detections are not)")
+        + (" (random weights: the pipeline is real, the detections are not)" if args.random_weights else "")
     )
     lines.append(
         f"wrote {written.pngs} PNGs (overlays, panels), {written.mp4 or 'no MP4 (OpenCV has no mp4v encoder here)'}, "
@@ -514,7 +515,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "faster, and the node drops the frames it cannot keep up with)",
     )
     parser.add_argument("--seed", type=int, default=7, help="scene seed (same seed, same drive)")
-    parser.add_argument("--checkpoint", default=None, help="model file (ours or the authors' .pth/.pkl)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="model file (ours or the authors' .pth/.pkl); default: the bundled small model (generated scenes)",
+    )
+    parser.add_argument(
+        "--random-weights", action="store_true", help="the small preset untrained (the pipeline without detections)"
+    )
     parser.add_argument("--threshold", type=float, default=0.5, help="anomaly score above which a pixel is red")
     parser.add_argument("--input-size", type=_size, default=None, help="network input HEIGHTxWIDTH (default: frame)")
     parser.add_argument("--no-ros", action="store_true", help="process the bag offline (m2a-replay process)")
@@ -523,6 +531,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--frames must be >= 1, got {args.frames}")
     if not 0 < args.play_rate <= 100:
         parser.error(f"--play-rate must be in (0, 100], got {args.play_rate}")
+    if args.checkpoint and args.random_weights:
+        parser.error("--checkpoint and --random-weights exclude each other")
+    if not args.checkpoint and not args.random_weights:
+        bundled = bundled_checkpoint()
+        if bundled is None:
+            parser.error(
+                "this installation has no bundled model (m2a_perception/weights/): "
+                "pass --checkpoint FILE or --random-weights"
+            )
+        args.checkpoint = str(bundled)
     return args
 
 

@@ -442,7 +442,8 @@ class AnomalySegmentationNode(Node):
         if not values["model_path"]:
             self.get_logger().warning(
                 f"model_path is empty: the {values['preset']!r} preset with RANDOM weights; its anomaly scores are "
-                "meaningless (plumbing and tests only)"
+                "meaningless (plumbing and tests only; the demonstration model trained on generated scenes is "
+                "m2a_perception/weights/m2a_small_synthroad.pt)"
             )
         self._values_now = values
         self._post = Postprocessor(postprocess_config(values))

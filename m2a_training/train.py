@@ -45,11 +45,12 @@ from m2a_perception.model.checkpoint import (
     save_checkpoint,
 )
 from m2a_perception.model.config import CITYSCAPES_CLASSES
+from m2a_perception.model.layers import FrozenBatchNorm2d
 from m2a_perception.model.mask2anomaly import padded_size
 
 from .data.anomaly_mix import AnomalyMix
 from .data.cityscapes import CityscapesSemantic
-from .data.stream import StreamBatchSampler, TrainingSamples, collate, worker_init
+from .data.stream import StreamBatchSampler, TrainingSamples, collate, worker_init, worker_start_method
 from .data.synthroad_dataset import SynthRoadOutliers, SynthRoadScenes
 from .losses import MaskClassificationLoss, loss_weights, weighted_total
 from .solver import build_optimizer, build_scheduler, clip_full_model
@@ -105,12 +106,14 @@ def _barrier(ctx: DistContext) -> None:
 
 
 def wrap_ddp(model: nn.Module, ctx: DistContext) -> DistributedDataParallel:
-    """DistributedDataParallel without per-forward buffer syncing (the buffers are frozen constants)."""
+    """DistributedDataParallel; buffers are synced from rank 0 only when some are trained (batch norm running
+    statistics), otherwise they are frozen constants and syncing them every forward would be wasted traffic."""
     kwargs: dict[str, Any] = {"device_ids": [ctx.device.index] if ctx.device.type == "cuda" else None}
+    sync = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
-        kwargs["forward_sync_buffers"] = False  # torch >= 2.13 name
+        kwargs["forward_sync_buffers"] = sync  # torch >= 2.13 name
     else:
-        kwargs["broadcast_buffers"] = False
+        kwargs["broadcast_buffers"] = sync
     return DistributedDataParallel(model, **kwargs)
 
 
@@ -157,7 +160,33 @@ def build_model(config: TrainConfig, log: Any = print) -> Mask2Anomaly:
     if config.model.train_backbone:
         for p in model.backbone.parameters():
             p.requires_grad_(True)
+        if config.model.backbone_norm == "batch":
+            use_batch_norm(model.backbone)
+    elif config.model.backbone_norm == "batch":
+        raise ConfigError(f"stage {config.name!r}: model.backbone_norm 'batch' needs model.train_backbone true")
     return model
+
+
+def use_batch_norm(module: nn.Module) -> int:
+    """Replace every frozen batch norm under `module` by a trainable `nn.BatchNorm2d` with the same statistics.
+
+    The state-dict keys stay the same (plus `num_batches_tracked`, which loading ignores), so the checkpoint
+    loads into the inference network, whose frozen norms then hold the learned running statistics.
+    Returns how many norms were replaced.
+    """
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FrozenBatchNorm2d):
+                norm = nn.BatchNorm2d(child.num_features, eps=child.eps)
+                with torch.no_grad():
+                    norm.weight.copy_(child.weight)
+                    norm.bias.copy_(child.bias)
+                    norm.running_mean.copy_(child.running_mean)
+                    norm.running_var.copy_(child.running_var)
+                setattr(parent, name, norm.to(child.weight.device))
+                replaced += 1
+    return replaced
 
 
 def class_names(model: Mask2Anomaly) -> list[str]:
@@ -350,6 +379,7 @@ class Trainer:
             pin_memory=self.ctx.device.type == "cuda",
             worker_init_fn=worker_init if workers > 0 else None,
             persistent_workers=False,
+            multiprocessing_context=worker_start_method() if workers > 0 else None,
         )
         return iter(loader)
 

@@ -6,7 +6,8 @@ writes to ``<train.output_dir>/<name>`` and, unless it sets ``model.init_checkpo
 starts from the previous stage's ``model_final.pt``. Command-line overrides ``section.key=value`` (value parsed
 as YAML) apply to every stage; ``stages.<name>.section.key=value`` to one.
 
-    model:        preset, changes (to the preset's network config), backbone_weights, init_checkpoint, train_backbone
+    model:        preset, changes (to the preset's network config), backbone_weights, init_checkpoint, train_backbone,
+                  backbone_norm
     data:         dataset (cityscapes | synthroad), root, split, num_workers, synthroad: {...}
     augment:      `AugmentConfig`
     anomaly_mix:  enabled, probability, source (coco | synthroad), coco_root, synthroad: {...}
@@ -47,7 +48,11 @@ class ModelSection:
     preset: str = "r50"
     backbone_weights: str | None = None  # torchvision / Barlow-Twins ResNet-50 .pth (stage 1 initialisation)
     init_checkpoint: str | None = None  # a full model (ours or the authors') to start from (stage 2)
-    train_backbone: bool = False  # the release keeps it frozen; True trains its convolutions (batch norm stays fixed)
+    train_backbone: bool = False  # the release keeps it frozen; True trains its convolutions
+    # How a trained backbone normalises: "frozen" keeps the fixed statistics (a pretrained ResNet), "batch"
+    # trains ordinary batch norm (a backbone learned from scratch, e.g. the small preset on generated scenes).
+    # Either way the saved checkpoint holds the same four buffers per norm, which inference folds into the convs.
+    backbone_norm: Literal["frozen", "batch"] = "frozen"
     changes: dict[str, Any] | None = None  # merged into the preset's config, e.g. {decoder: {num_queries: 50}}
 
     def network_config(self) -> M2AConfig:

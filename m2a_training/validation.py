@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from m2a_perception.classes import CITYSCAPES_CLASSES
 from m2a_perception.model.scoring import ScoringConfig, resize_shortest_edge, segment
 
 from .data.cityscapes import CityscapesSemantic
@@ -76,10 +77,11 @@ class _SemanticAccumulator:
     """mIoU as the evaluation reports it (classes in the ground truth or the prediction) and over the classes
     present in the ground truth only ("miou_present": the generated scenes never show train or motorcycle)."""
 
-    def __init__(self, num_classes: int) -> None:
+    def __init__(self, num_classes: int, per_class: bool = False) -> None:
         from .metrics import ConfusionAccumulator
 
         self.confusion = ConfusionAccumulator(num_classes, ignore=IGNORE_LABEL)
+        self.per_class = per_class
 
     def update(self, prediction: np.ndarray, label: np.ndarray) -> None:
         self.confusion.update(prediction, label)
@@ -88,7 +90,11 @@ class _SemanticAccumulator:
         result = self.confusion.compute()
         present = result.confusion.sum(1) > 0
         iou = np.asarray(result.iou)
-        return {"miou": result.miou, "miou_present": float(np.mean(iou[present])) if present.any() else float("nan")}
+        out = {"miou": result.miou, "miou_present": float(np.mean(iou[present])) if present.any() else float("nan")}
+        if self.per_class:
+            names = CITYSCAPES_CLASSES if len(iou) == len(CITYSCAPES_CLASSES) else [str(k) for k in range(len(iou))]
+            out.update({f"iou/{names[k]}": float(iou[k]) for k in np.flatnonzero(present)})
+        return out
 
 
 class _AnomalyAccumulator:
@@ -107,8 +113,8 @@ class _AnomalyAccumulator:
         return {"auprc": result.auprc, "fpr95": result.fpr95}
 
 
-def _miou_accumulator(num_classes: int) -> _SemanticAccumulator:
-    return _SemanticAccumulator(num_classes)
+def _miou_accumulator(num_classes: int, per_class: bool = False) -> _SemanticAccumulator:
+    return _SemanticAccumulator(num_classes, per_class)
 
 
 def _anomaly_accumulator() -> _AnomalyAccumulator:
@@ -159,11 +165,15 @@ def evaluate_frames(
     num_classes: int,
     scores: Mapping[str, ScoringConfig] = DEFAULT_SCORES,
     short_edge: int | None = None,
+    per_class: bool = False,
 ) -> dict[str, float]:
-    """mIoU over the frames with semantic labels; `<score>/auprc`, `<score>/fpr95` over those with anomaly labels."""
+    """mIoU over the frames with semantic labels; `<score>/auprc`, `<score>/fpr95` over those with anomaly labels.
+
+    `per_class` adds `iou/<class name>` for every class present in the ground truth.
+    """
     was_training = model.training
     model.eval()
-    miou = _miou_accumulator(num_classes)
+    miou = _miou_accumulator(num_classes, per_class)
     anomaly = {name: _anomaly_accumulator() for name in scores}
     seen_semantic = seen_anomaly = False
     try:

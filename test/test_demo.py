@@ -8,10 +8,12 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 from conftest import require_ros
 
 from m2a_perception import bags
-from m2a_perception.demo import ground_truth_image, main, score_heatmap
+from m2a_perception.demo import ground_truth_image, main, parse_args, score_heatmap
+from m2a_perception.weights import bundled_checkpoint
 
 TINY = ["--frames", "4", "--height", "64", "--width", "128", "--play-rate", "1"]
 
@@ -61,3 +63,11 @@ def test_pictures() -> None:
     assert heat.shape == (1, 3, 3) and (heat[0, 1] == heat[0, 2]).all() and not (heat[0, 0] == heat[0, 1]).all()
     truth = ground_truth_image(np.array([[0, 1, 255]], np.uint8))
     assert truth.tolist() == [[[0, 0, 0], [255, 0, 0], [128, 128, 128]]]
+
+
+def test_the_demo_runs_the_bundled_model_unless_told_otherwise() -> None:
+    assert parse_args([]).checkpoint == str(bundled_checkpoint())
+    assert parse_args(["--random-weights"]).checkpoint is None
+    assert parse_args(["--checkpoint", "mine.pt"]).checkpoint == "mine.pt"
+    with pytest.raises(SystemExit):
+        parse_args(["--checkpoint", "mine.pt", "--random-weights"])

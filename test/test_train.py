@@ -210,3 +210,56 @@ def test_validation_reports_miou_and_each_score(tmp_path):
     assert semantic.shape == (60, 100) and maps["m2a"].shape == (60, 100) and maps["m2a"].dtype == np.float32
     with pytest.raises(ValueError, match="needs a root"):
         validate(model, ValidationSetSection(dataset="fs_laf"), None, num_classes=19)
+
+
+def test_backbone_learned_with_batch_norm_saves_into_the_inference_network(tmp_path):
+    from m2a_perception.model.checkpoint import save_checkpoint
+    from m2a_training.train import build_model
+    from m2a_training.train_config import stages_from_dict
+
+    config = stages_from_dict(deep_merge(TINY, {"model": {"train_backbone": True, "backbone_norm": "batch"}}))[0]
+    torch.manual_seed(0)
+    model = build_model(config, log=lambda _: None)
+    norms = [m for m in model.backbone.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 1 + 5 * 3 + 1 * 4  # stem + 5 blocks x 3 convs + one projection shortcut per stage
+    assert all(p.requires_grad for p in model.backbone.parameters())
+    model.train()
+    for _ in range(3):  # the running statistics move towards the batches' statistics
+        model(torch.rand(2, 3, 64, 128) * 255)
+    assert not torch.allclose(norms[0].running_mean, torch.zeros_like(norms[0].running_mean))
+
+    path = save_checkpoint(model, tmp_path / "bn.pt", extra={})
+    inference, report = build_model_from_checkpoint(path)
+    assert report.ok and not any(isinstance(m, torch.nn.BatchNorm2d) for m in inference.modules())
+    model.eval()
+    image = torch.rand(1, 3, 64, 128) * 255
+    with torch.no_grad():
+        expected, got = model(image), inference(image)
+    torch.testing.assert_close(got["pred_masks"], expected["pred_masks"], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got["pred_logits"], expected["pred_logits"], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_norm_needs_a_trained_backbone(tmp_path):
+    from m2a_training.train import build_model
+
+    config = stages_from_dict(deep_merge(TINY, {"model": {"backbone_norm": "batch"}}))[0]
+    with pytest.raises(ConfigError, match="backbone_norm 'batch' needs model.train_backbone"):
+        build_model(config, log=lambda _: None)
+
+
+def test_data_workers_start_after_opencv_has_run_threads(tmp_path):
+    # A trainer that has already used OpenCV's thread pool (validation, an earlier stage) must still start its
+    # data workers: forked ones deadlocked in cv2.setNumThreads. Run in a child so a hang is a timeout here.
+    config = deep_merge(TINY, {"data": {"num_workers": 1}, "train": {"output_dir": str(tmp_path / "out")}})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    script = (
+        "import cv2, numpy as np, sys\n"
+        "cv2.setNumThreads(2)\n"
+        "for _ in range(3): cv2.resize(np.zeros((1024, 2048, 3), np.uint8), (4096, 2048))  # pool threads run\n"
+        "from m2a_training.train import main\n"
+        f"sys.exit(main(['train', '--config', {str(tmp_path / 'c.yaml')!r}]))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "out" / "s2" / "model_final.pt").is_file()

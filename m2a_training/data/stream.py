@@ -8,6 +8,7 @@ the number of data-loader workers, and a resumed run sees exactly what an uninte
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -110,10 +111,20 @@ def collate(
     return images, labels
 
 
+def worker_start_method() -> str:
+    """How DataLoader workers start: "forkserver" (or "spawn" where it is missing), never a bare fork.
+
+    A worker forked from a trainer that has already run OpenCV's thread pool (validation, the previous stage's
+    resizing) inherits the pool's locks without its threads and deadlocks in `cv2.setNumThreads`; workers
+    started fresh cost about a second each, once per stage.
+    """
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
 def worker_init(_: int) -> None:
     """DataLoader worker set-up: one OpenCV thread per worker (the workers are the parallelism)."""
     cv2.setNumThreads(1)
     torch.set_num_threads(1)
 
 
-__all__ = ["SemanticDataset", "StreamBatchSampler", "TrainingSamples", "collate", "worker_init"]
+__all__ = ["SemanticDataset", "StreamBatchSampler", "TrainingSamples", "collate", "worker_init", "worker_start_method"]
