@@ -170,10 +170,14 @@ def test_training_saves_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert report.ok and model.config == M2AConfig.preset("small")
 
 
-def test_two_process_ddp_on_cpu(tmp_path):
-    # One stage-2-like stage (Anomaly Mix + L_CL), global batch 2 = 1 image per rank, 3 iterations.
+@pytest.mark.parametrize("backbone", ["frozen", "batch_norm"])
+def test_two_process_ddp_on_cpu(tmp_path, backbone):
+    # One stage-2-like stage (Anomaly Mix + L_CL), global batch 2 = 1 image per rank, 3 iterations; with
+    # "batch_norm" the backbone trains with batch norm, whose running statistics DDP then syncs from rank 0.
     single = deep_merge({k: v for k, v in TINY.items() if k != "stages"}, TINY["stages"][1])
     single = deep_merge(single, {"name": "ddp", "train": {"output_dir": str(tmp_path / "ddp")}})
+    if backbone == "batch_norm":
+        single = deep_merge(single, {"model": {"train_backbone": True, "backbone_norm": "batch"}})
     (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(single))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [
