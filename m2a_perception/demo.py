@@ -97,6 +97,13 @@ class RunStats:
     wall_s: float = 0.0
 
 
+# The bundled model's boundaries between classes score about 0.5-0.7. On 20 held-out generated 256x512 scenes
+# (seeds 4,000,000+, "eval" anomalies) its pixel precision / recall are 0.10 / 0.67 at 0.5 and 0.31 / 0.48 at
+# 0.8 (best pixel F1 at 0.91): 0.8 keeps the obstacle and drops most of the outline clutter.
+BUNDLED_MODEL_THRESHOLD = 0.8
+NODE_DEFAULT_THRESHOLD = 0.5
+
+
 def _node_parameters(args: argparse.Namespace) -> dict[str, Any]:
     """The parameter overrides the demo gives the node: model, network input, threshold."""
     params: dict[str, Any] = {"score_threshold": args.threshold}
@@ -523,7 +530,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--random-weights", action="store_true", help="the small preset untrained (the pipeline without detections)"
     )
-    parser.add_argument("--threshold", type=float, default=0.5, help="anomaly score above which a pixel is red")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help=f"anomaly score above which a pixel is anomalous (default: {BUNDLED_MODEL_THRESHOLD} with the bundled "
+        f"model, chosen on held-out generated scenes; {NODE_DEFAULT_THRESHOLD}, the node's default, otherwise)",
+    )
     parser.add_argument("--input-size", type=_size, default=None, help="network input HEIGHTxWIDTH (default: frame)")
     parser.add_argument("--no-ros", action="store_true", help="process the bag offline (m2a-replay process)")
     args = parser.parse_args(argv)
@@ -541,6 +554,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 "pass --checkpoint FILE or --random-weights"
             )
         args.checkpoint = str(bundled)
+        if args.threshold is None:
+            args.threshold = BUNDLED_MODEL_THRESHOLD
+    if args.threshold is None:
+        args.threshold = NODE_DEFAULT_THRESHOLD
     return args
 
 

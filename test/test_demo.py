@@ -66,8 +66,11 @@ def test_pictures() -> None:
 
 
 def test_the_demo_runs_the_bundled_model_unless_told_otherwise() -> None:
-    assert parse_args([]).checkpoint == str(bundled_checkpoint())
+    default = parse_args([])
+    assert default.checkpoint == str(bundled_checkpoint()) and default.threshold == 0.8  # the bundled model's
     assert parse_args(["--random-weights"]).checkpoint is None
+    assert parse_args(["--random-weights"]).threshold == 0.5  # the node's default
+    assert parse_args(["--threshold", "0.3"]).threshold == 0.3
     assert parse_args(["--checkpoint", "mine.pt"]).checkpoint == "mine.pt"
     with pytest.raises(SystemExit):
         parse_args(["--checkpoint", "mine.pt", "--random-weights"])
