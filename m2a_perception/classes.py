@@ -13,6 +13,15 @@ CITYSCAPES_CLASSES: tuple[str, ...] = (
     "bicycle",
 )  # fmt: skip
 TRAIN_IDS: dict[str, int] = {name: train_id for train_id, name in enumerate(CITYSCAPES_CLASSES)}
+
+
+def class_names(num_classes: int) -> tuple[str, ...]:
+    """Names for a model's classes: the Cityscapes names for 19, else "class_0", "class_1", ..."""
+    if num_classes == len(CITYSCAPES_CLASSES):
+        return CITYSCAPES_CLASSES
+    return tuple(f"class_{i}" for i in range(num_classes))
+
+
 IGNORE_ID = 255  # unlabelled / void pixels in semantic label maps
 # The official Cityscapes colours, in trainId order (overlays, RViz images, debugging pictures).
 CITYSCAPES_PALETTE: np.ndarray = np.array(

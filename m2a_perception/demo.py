@@ -101,7 +101,13 @@ class RunStats:
 # (seeds 4,000,000+, "eval" anomalies) its pixel precision / recall are 0.10 / 0.67 at 0.5 and 0.31 / 0.48 at
 # 0.8 (best pixel F1 at 0.91): 0.8 keeps the obstacle and drops most of the outline clutter.
 BUNDLED_MODEL_THRESHOLD = 0.8
-NODE_DEFAULT_THRESHOLD = 0.5
+
+
+def _node_default(name: str) -> Any:
+    """A node parameter's default, from the node's own parameter table."""
+    from m2a_perception.node import PARAMETERS
+
+    return next(spec.default for spec in PARAMETERS if spec.name == name)
 
 
 def _node_parameters(args: argparse.Namespace) -> dict[str, Any]:
@@ -535,7 +541,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=None,
         help=f"anomaly score above which a pixel is anomalous (default: {BUNDLED_MODEL_THRESHOLD} with the bundled "
-        f"model, chosen on held-out generated scenes; {NODE_DEFAULT_THRESHOLD}, the node's default, otherwise)",
+        "model, chosen on held-out generated scenes; the node's score_threshold default otherwise)",
     )
     parser.add_argument("--input-size", type=_size, default=None, help="network input HEIGHTxWIDTH (default: frame)")
     parser.add_argument("--no-ros", action="store_true", help="process the bag offline (m2a-replay process)")
@@ -557,7 +563,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if args.threshold is None:
             args.threshold = BUNDLED_MODEL_THRESHOLD
     if args.threshold is None:
-        args.threshold = NODE_DEFAULT_THRESHOLD
+        args.threshold = _node_default("score_threshold")
     return args
 
 

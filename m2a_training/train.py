@@ -37,6 +37,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from m2a_perception.classes import class_names
 from m2a_perception.model import Mask2Anomaly
 from m2a_perception.model.checkpoint import (
     CheckpointError,
@@ -44,7 +45,6 @@ from m2a_perception.model.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from m2a_perception.model.config import CITYSCAPES_CLASSES
 from m2a_perception.model.layers import FrozenBatchNorm2d
 from m2a_perception.model.mask2anomaly import padded_size
 
@@ -167,14 +167,12 @@ def build_model(config: TrainConfig, log: Any = print) -> Mask2Anomaly:
     return model
 
 
-def use_batch_norm(module: nn.Module) -> int:
+def use_batch_norm(module: nn.Module) -> None:
     """Replace every frozen batch norm under `module` by a trainable `nn.BatchNorm2d` with the same statistics.
 
     The state-dict keys stay the same (plus `num_batches_tracked`, which loading ignores), so the checkpoint
     loads into the inference network, whose frozen norms then hold the learned running statistics.
-    Returns how many norms were replaced.
     """
-    replaced = 0
     for parent in list(module.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, FrozenBatchNorm2d):
@@ -185,14 +183,6 @@ def use_batch_norm(module: nn.Module) -> int:
                     norm.running_mean.copy_(child.running_mean)
                     norm.running_var.copy_(child.running_var)
                 setattr(parent, name, norm.to(child.weight.device))
-                replaced += 1
-    return replaced
-
-
-def class_names(model: Mask2Anomaly) -> list[str]:
-    """Cityscapes names for 19 classes, else generic ones."""
-    k = model.config.num_classes
-    return list(CITYSCAPES_CLASSES) if k == len(CITYSCAPES_CLASSES) else [f"class_{i}" for i in range(k)]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -323,7 +313,7 @@ class Trainer:
                 "rng": rng,
             }
             extra = {"stage": self.config.name, "train_config": self.config.to_dict(), "train_state": train_state}
-            save_checkpoint(self.model, path, class_names=class_names(self.model), extra=extra)
+            save_checkpoint(self.model, path, class_names=class_names(self.model.config.num_classes), extra=extra)
             (self.output_dir / LAST_CHECKPOINT).write_text(name + "\n")
             self._prune()
         _barrier(self.ctx)
@@ -493,7 +483,7 @@ class Trainer:
         final = self.output_dir / FINAL_MODEL
         if self.ctx.is_main:
             extra = {"stage": cfg.name, "train_config": cfg.to_dict(), "iteration": self.iteration}
-            save_checkpoint(self.model, final, class_names=class_names(self.model), extra=extra)
+            save_checkpoint(self.model, final, class_names=class_names(self.model.config.num_classes), extra=extra)
         _barrier(self.ctx)
         self.run_validation()
         if self._writer is not None:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from m2a_perception.classes import CITYSCAPES_CLASSES
+from m2a_perception.classes import class_names
 from m2a_perception.model.scoring import ScoringConfig, resize_shortest_edge, segment
 
 from .data.cityscapes import CityscapesSemantic
@@ -92,7 +92,7 @@ class _SemanticAccumulator:
         iou = np.asarray(result.iou)
         out = {"miou": result.miou, "miou_present": float(np.mean(iou[present])) if present.any() else float("nan")}
         if self.per_class:
-            names = CITYSCAPES_CLASSES if len(iou) == len(CITYSCAPES_CLASSES) else [str(k) for k in range(len(iou))]
+            names = class_names(len(iou))
             out.update({f"iou/{names[k]}": float(iou[k]) for k in np.flatnonzero(present)})
         return out
 
