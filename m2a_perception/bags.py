@@ -222,26 +222,9 @@ def rgb_to_image(rgb: np.ndarray, encoding: str, header_msg: Any) -> Any:
 
 def result_message(outputs: Any, header_msg: Any, scoring_variant: str) -> Any:
     """m2a/msg/AnomalySegmentation of one frame's `postprocess.FrameOutputs`, filled as the node fills it."""
-    from m2a_perception.postprocess import class_name
-
     types = typestore().types
-    instances = []
-    for inst in outputs.instances:
-        x, y, w, h = inst.bbox
-        instances.append(
-            types[INSTANCE_TYPE](
-                bbox=types["sensor_msgs/msg/RegionOfInterest"](
-                    x_offset=x, y_offset=y, height=h, width=w, do_rectify=False
-                ),
-                area=inst.area,
-                max_score=inst.max_score,
-                mean_score=inst.mean_score,
-                centroid_x=inst.centroid[0],
-                centroid_y=inst.centroid[1],
-                semantic_class=inst.semantic_class,
-                semantic_class_name=class_name(inst.semantic_class),
-            )
-        )
+    roi, instance = types["sensor_msgs/msg/RegionOfInterest"], types[INSTANCE_TYPE]
+    instances = [instance(bbox=roi(**inst.roi_fields()), **inst.message_fields()) for inst in outputs.instances]
     return types[RESULT_TYPE](
         header=header_msg,
         anomaly_mask=numpy_to_image(outputs.anomaly_mask, "mono8", header_msg),

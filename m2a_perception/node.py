@@ -661,8 +661,6 @@ class AnomalySegmentationNode(Node):
         from m2a.msg import AnomalyInstance
         from sensor_msgs.msg import RegionOfInterest
 
-        from m2a_perception.postprocess import class_name
-
         msg = self._result_type()
         msg.header = header
         msg.anomaly_mask = images["mask"]
@@ -670,22 +668,10 @@ class AnomalySegmentationNode(Node):
         msg.semantic_labels = images["semantic"]
         msg.threshold = float(out.threshold)
         msg.scoring_variant = str(self._values_now["scoring_variant"])
-        instances = []
-        for inst in out.instances:
-            x, y, w, h = inst.bbox
-            instances.append(
-                AnomalyInstance(
-                    bbox=RegionOfInterest(x_offset=x, y_offset=y, width=w, height=h, do_rectify=False),
-                    area=inst.area,
-                    max_score=inst.max_score,
-                    mean_score=inst.mean_score,
-                    centroid_x=inst.centroid[0],
-                    centroid_y=inst.centroid[1],
-                    semantic_class=inst.semantic_class,
-                    semantic_class_name=class_name(inst.semantic_class),
-                )
-            )
-        msg.instances = instances
+        msg.instances = [
+            AnomalyInstance(bbox=RegionOfInterest(**inst.roi_fields()), **inst.message_fields())
+            for inst in out.instances
+        ]
         return msg
 
     # -- diagnostics ------------------------------------------------------------------------------------------

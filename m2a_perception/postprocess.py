@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -123,6 +124,23 @@ class Instance:
     mean_score: float
     centroid: tuple[float, float]
     semantic_class: int
+
+    def roi_fields(self) -> dict[str, Any]:
+        """`bbox` as sensor_msgs/RegionOfInterest fields."""
+        x, y, w, h = self.bbox
+        return {"x_offset": x, "y_offset": y, "width": w, "height": h, "do_rectify": False}
+
+    def message_fields(self) -> dict[str, Any]:
+        """The m2a/msg/AnomalyInstance fields besides `bbox`: one mapping for the node and the bag writer."""
+        return {
+            "area": self.area,
+            "max_score": self.max_score,
+            "mean_score": self.mean_score,
+            "centroid_x": self.centroid[0],
+            "centroid_y": self.centroid[1],
+            "semantic_class": self.semantic_class,
+            "semantic_class_name": class_name(self.semantic_class),
+        }
 
 
 @dataclass

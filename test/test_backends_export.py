@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from m2a_perception.backends.base import AVAILABLE_BACKENDS, Backend, BackendConfig, BackendError, create_backend
+from m2a_perception.backends.base import Backend, BackendConfig, BackendError, create_backend
 from m2a_perception.backends.engine_cache import BuildOptions, RuntimeInfo, checked_onnx, write_engine
 from m2a_perception.backends.onnxruntime_backend import OnnxRuntimeBackend
 from m2a_perception.backends.sidecar import sidecar_path
@@ -143,7 +143,6 @@ def test_onnx_sidecar_that_lies_about_the_graph_is_refused(exported: tuple[Path,
         OnnxRuntimeBackend(_config("onnxruntime", copy))
 
 
-@pytest.mark.skipif("onnxruntime" not in AVAILABLE_BACKENDS, reason="create_backend has no onnxruntime entry yet")
 def test_create_backend_dispatches(exported: tuple[Path, Path]) -> None:
     _, onnx_path = exported
     assert isinstance(create_backend(_config("onnxruntime", onnx_path)), OnnxRuntimeBackend)
